@@ -1,0 +1,3 @@
+"""Sync GoHighLevel sub-accounts into Memberstack apps with Airflow 3."""
+
+__version__ = "0.1.0"
