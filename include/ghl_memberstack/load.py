@@ -250,6 +250,8 @@ class Loader:
         self._desired: DesiredState | None = None
         # The Data Tables the mapping writes to; preflight sets them from the mapping.
         self._table_names: tuple[str, ...] | None = None
+        # The plans the mapping manages; preflight sets them, and only they are ever removed.
+        self._managed_plans: frozenset[str] = frozenset()
 
     def preflight(self, mapping: Any) -> None:
         """Check that the app has every Data Table and field the mapping writes to.
@@ -259,6 +261,7 @@ class Loader:
         entities = getattr(mapping, "table_entities", tuple(mapping_module.ENTITY_TABLES))
         wanted = {mapping_module.ENTITY_TABLES[entity] for entity in entities}
         self._table_names = tuple(sorted(wanted))
+        self._managed_plans = frozenset(getattr(mapping, "managed_plans", ()))
         if not wanted:
             return
         tables = {table.get("key"): table for table in self.hook.list_data_tables()}
@@ -421,9 +424,25 @@ class Loader:
             if _member_email(member) != email and self._email_held_by_other(email, member["id"], op, outcome):
                 return None
             member_id = self._link_member(member, op.contact_id, op.fields)
+            self._remove_ungranted_plans(member, op.contact_id)
             return dataclasses.replace(op, member_id=member_id)
         member_id = self._create_member(op.contact_id, op.fields)
         return dataclasses.replace(op, member_id=member_id)
+
+    def _remove_ungranted_plans(self, member: dict[str, Any], contact_id: str) -> None:
+        """Remove managed plans that an adopted or relinked member holds but its contact's tags do not grant.
+
+        The plan has only adds for such a member, because the applied state knew no member for the
+        contact; the adds that follow this create are planned already.
+        """
+        desired = self._desired
+        if not self._managed_plans or desired is None or contact_id not in desired.members.index:
+            return
+        value = desired.members.at[contact_id, "plans"] if "plans" in desired.members.columns else None
+        granted = set() if value is None or pd.isna(value) else set(str(value).split(",")) - {""}
+        for plan_id in sorted((_plan_ids(member) & self._managed_plans) - granted):
+            log.info("Removing plan %s from member %s, which contact %s does not grant", plan_id, member.get("id"), contact_id)
+            self._remove_plan(member["id"], plan_id)
 
     def _find_member(self, contact_id: str, email: str) -> dict[str, Any] | None:
         if self._index is not None:
