@@ -343,8 +343,11 @@ class Extractor:
                 # Notes and appointments cost one request each per contact.
                 batch = batch[: max(self.child_request_budget - used, 0) // 2]
                 if not batch:
-                    log.info("The request budget of %d is used up; the other contacts' children stay unread",
-                             self.child_request_budget)
+                    log.info(
+                        "The request budget of %d is used up, so the children of %d more contacts are not read",
+                        self.child_request_budget,
+                        len(targets) - start,
+                    )
                     break
             notes_ok = self._read_per_contact("notes", self.hook.get_contact_notes, batch)
             appointments_ok = self._read_per_contact(
