@@ -51,6 +51,9 @@ DRY_RUN ?=
 FULL_REFRESH ?=
 FORCE ?=
 SYNC_PAIRS ?=
+# The run options reach the conf scripts through the environment, never through the shell command
+# line, so no value can break out of its quoting.
+export DRY_RUN FULL_REFRESH FORCE SYNC_PAIRS
 HOME_MARKER := $(AIRFLOW_HOME)/.ghl_memberstack_home
 
 .PHONY: airflow-home
@@ -71,18 +74,17 @@ airflow-home: install  ## Create $AIRFLOW_HOME with its database and airflow_set
 	touch "$(HOME_MARKER)"
 
 sync: airflow-home  ## Run the sync DAG once (DRY_RUN=1 FULL_REFRESH=1 FORCE=1 SYNC_PAIRS=a,b)
-	@conf=$$(DRY_RUN='$(DRY_RUN)' FULL_REFRESH='$(FULL_REFRESH)' FORCE='$(FORCE)' SYNC_PAIRS='$(SYNC_PAIRS)' \
-		$(BIN)/python scripts/sync_conf.py) || exit 2; \
+	@conf=$$($(BIN)/python scripts/sync_conf.py) || exit 2; \
 	echo "airflow dags test ghl_memberstack_sync --conf '$$conf'"; \
 	$(BIN)/airflow dags test ghl_memberstack_sync --conf "$$conf"
 
 # --- Parity runs and the browser used by the report tests ---------------------------------------
 REPAIR ?=
+export REPAIR
 .PHONY: parity chromium
 
 parity: airflow-home  ## Run the parity DAG once (REPAIR=0/1 DRY_RUN=1 FORCE=1 SYNC_PAIRS=a,b)
-	@conf=$$(REPAIR='$(REPAIR)' DRY_RUN='$(DRY_RUN)' FORCE='$(FORCE)' SYNC_PAIRS='$(SYNC_PAIRS)' \
-		$(BIN)/python scripts/parity_conf.py) || exit 2; \
+	@conf=$$($(BIN)/python scripts/parity_conf.py) || exit 2; \
 	echo "airflow dags test ghl_memberstack_parity --conf '$$conf'"; \
 	$(BIN)/airflow dags test ghl_memberstack_parity --conf "$$conf"
 
@@ -118,6 +120,44 @@ airflow: airflow-home  ## Run Airflow on http://127.0.0.1:8080 (no login) with t
 	trap 'kill $$pids 2>/dev/null || true' EXIT INT TERM; \
 	echo "Airflow UI: http://127.0.0.1:8080 (stop with Ctrl-C)"; \
 	wait -n
+
+# --- GoHighLevel OAuth and the rate-limit benchmark ------------------------------------------------
+CODE ?=
+CONN_ID ?=
+export CODE CONN_ID
+.PHONY: bench-limits
+
+authorize: install  ## Redeem a GHL authorization code and seed the token store: make authorize CODE=... CONN_ID=...
+	@if [ -z "$$CODE" ] || [ -z "$$CONN_ID" ]; then \
+		echo "usage: make authorize CODE=<code from the app-install redirect> CONN_ID=<gohighlevel connection id>" >&2; \
+		exit 2; \
+	fi; \
+	GHL_AUTHORIZATION_CODE="$$CODE" $(BIN)/python -m ghl_memberstack.authorize --conn-id "$$CONN_ID"
+
+bench-limits: install  ## Send 1,000 GHL and 1,000 Memberstack calls at the sandbox's real limits (about 3 min)
+	$(BIN)/python bench/rate_limits.py $(BENCH_ARGS)
+
+# --- Benchmarks: figures in artifacts/bench/, the page in docs/benchmarks.md ----------------------
+.PHONY: bench-sync bench-scale bench-side-by-side
+
+bench: install  ## Run the five benchmarks (about 50 min) and write docs/benchmarks.md; BENCH_ARGS=--quick for a smoke run
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+bench-sync: install  ## Benchmarks 1-3: first load, no-change run and 1 % run of 1,000 contacts at the real limits
+	$(BIN)/python bench/sync_runs.py $(BENCH_ARGS)
+
+bench-scale: install  ## Benchmark 4: GX validation plus diff over parquet at 10k, 100k and 1M contacts
+	$(BIN)/python bench/validate_diff_scale.py $(BENCH_ARGS)
+
+bench-side-by-side: install  ## Benchmark 5: the sync next to a script on the official GHL SDK
+	$(BIN)/python bench/side_by_side.py $(BENCH_ARGS)
+
+# --- Reliability: the long fault-injection run ------------------------------------------------
+.PHONY: reliability
+RELIABILITY_ARGS ?=
+
+reliability: install  ## Sync the 2,000-contact demo seed under injected faults and print parity, duplicates and lost changes
+	$(BIN)/python bench/reliability.py $(RELIABILITY_ARGS)
 
 clean:  ## Remove the venv, the local Airflow home and test artifacts
 	rm -rf $(VENV) .airflow artifacts .pytest_cache

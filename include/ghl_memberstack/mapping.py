@@ -405,7 +405,11 @@ def load_mapping(path: str | pathlib.Path | None = None) -> Mapping:
     except yaml.YAMLError as error:
         raise MappingError(file_path, None, f"invalid YAML: {error}") from None
     if content is None:
-        content = {}
+        # An empty file is far more often a truncated copy than a wish for no plans and no custom
+        # fields, and loading it would quietly stop managing them; `{}` states that wish.
+        raise MappingError(
+            file_path, None, "the file is empty; write `{}` for a mapping with only the default fields"
+        )
     if not isinstance(content, dict):
         raise MappingError(
             file_path, None, f"expected a YAML mapping at the top, found {type(content).__name__}"

@@ -736,6 +736,15 @@ def _load(
         loader.preflight(mapping.load_mapping(pair.mapping))
         try:
             load_result = loader.run(operations, desired=desired, observed_contact_ids=observed)
+        except BaseException as error:
+            # The planned counts must not read as done: count every operation the load did not
+            # finish as failed. A configuration stop says which ones finished; other errors do not.
+            partial = getattr(error, "result", None)
+            done = {op.key for op in partial.done} if isinstance(partial, load.LoadResult) else set()
+            status["counts"] = count_outcomes(
+                result.counts, desired, operations, observed, failed_keys={op.key for op in operations} - done
+            )
+            raise
         finally:
             status["requests"]["memberstack"] = int(getattr(ms_hook, "request_count", 0))
         desired.quarantine = _unique_quarantine([*desired.quarantine, *load_result.quarantine])

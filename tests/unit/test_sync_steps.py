@@ -237,3 +237,35 @@ def test_report_html_escapes_and_masks(tmp_path: Path) -> None:
 def test_invalid_pair_status_is_rejected() -> None:
     with pytest.raises(ValueError, match="invalid pair status"):
         report.pair_entry(status="partial")
+
+
+def test_stopped_load_reports_unfinished_writes_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ghl_memberstack import load
+
+    class StoppingLoader:
+        """Finishes the first operation, then stops the way an unknown plan id stops a load."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def preflight(self, mapping: Any) -> None:
+            pass
+
+        def run(self, operations: list[Any], **kwargs: Any) -> load.LoadResult:
+            raise load.LoadConfigError("no such plan", result=load.LoadResult(done=[operations[0]]))
+
+    monkeypatch.setattr(load, "Loader", StoppingLoader)
+    root = as_storage_path(tmp_path)
+    run_options = options()
+    hook = FakeHook([contact(i, BASE_MS + i * 1000) for i in range(4)])
+    prepared = sync.prepare_pair(PAIR, run_options, settings=settings(), root=root, gohighlevel_hook=hook)
+
+    with pytest.raises(load.LoadConfigError):
+        sync.load_pair(prepared, run_options, settings=settings(), root=root, memberstack_hook=NoMemberstack())
+
+    summary = sync.summarize([PAIR.name], run_options, settings=settings(), root=root)
+    written = json.loads(Path(summary["report_json"].removeprefix("file://")).read_text())
+    contacts = written["pairs"]["unit"]["counts"]["contacts"]
+    assert written["pairs"]["unit"]["status"] == "failed"
+    assert contacts["created"] == 1
+    assert contacts["failed"] == 3

@@ -50,8 +50,14 @@ def test_absent_keys_take_defaults(tmp_path):
     assert mapping.target("notes") == "data_table"
 
 
-def test_empty_file_is_all_defaults(tmp_path):
-    assert load_mapping(write(tmp_path, "")).model_dump() == Mapping().model_dump()
+def test_empty_mapping_object_is_all_defaults(tmp_path):
+    assert load_mapping(write(tmp_path, "{}")).model_dump() == Mapping().model_dump()
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n"])
+def test_empty_file_is_rejected(tmp_path, text):
+    with pytest.raises(MappingError, match="the file is empty"):
+        load_mapping(write(tmp_path, text))
 
 
 def test_properties(tmp_path):
