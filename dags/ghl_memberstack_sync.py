@@ -27,12 +27,15 @@ import datetime
 import os
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task, task_group
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
 
 # The schedule is the only value read at parse time; every other setting is read inside tasks.
 # An empty value or "none" turns the schedule off (manual runs only).
 _SCHEDULE_TEXT = os.environ.get("GHL_MEMBERSTACK_SYNC_SCHEDULE", "@hourly").strip()
 SCHEDULE = None if _SCHEDULE_TEXT.lower() in ("", "none") else _SCHEDULE_TEXT
+# A plain cron string gives each run a data interval of zero length in Airflow 3, and a backfill
+# reads the contacts updated inside its run's interval, so each run must span its schedule period.
+TIMETABLE = CronDataIntervalTimetable(SCHEDULE, timezone="UTC") if SCHEDULE else None
 MEMBERSTACK_POOL = "memberstack_api"
 
 
@@ -44,7 +47,7 @@ def _run_options() -> dict[str, Any]:
 
 @dag(
     dag_id="ghl_memberstack_sync",
-    schedule=SCHEDULE,
+    schedule=TIMETABLE,
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
     catchup=False,
     max_active_runs=1,

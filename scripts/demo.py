@@ -154,6 +154,7 @@ def run_line(number: int, name: str, entry: dict[str, Any]) -> str:
     """Return a one-line summary of what a run did for one pair."""
     counts = entry["counts"]
     contacts = counts["contacts"]
+    plans = entry.get("plans") or {}
     records = {
         key: {entity: counts[entity][key] for entity in ("tasks", "notes", "appointments")}
         for key in ("created", "updated", "deleted")
@@ -168,7 +169,8 @@ def run_line(number: int, name: str, entry: dict[str, Any]) -> str:
         f"{contacts['updated']} updated, {contacts['deactivated']} deactivated, {contacts['deleted']} deleted, "
         f"{contacts['unchanged']} unchanged; records (tasks/notes/appointments) created "
         f"{per_entity(records['created'])}, updated {per_entity(records['updated'])}, deleted "
-        f"{per_entity(records['deleted'])}; requests GHL {entry['requests']['ghl']}, "
+        f"{per_entity(records['deleted'])}; plans {plans.get('added', 0)} added, {plans.get('removed', 0)} removed; "
+        f"requests GHL {entry['requests']['ghl']}, "
         f"Memberstack {entry['requests']['memberstack']}"
     )
 

@@ -73,10 +73,12 @@ def pair_entry(
     expectations: list[Any] | None = None,
     requests: Mapping[str, int] | None = None,
     plan: Mapping[str, Any] | None = None,
+    plans: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Build one pair's report entry in the fixed shape, filling missing counts with zeros.
 
     :param plan: a dry run's plan from :func:`plan_summary`; the entry has no ``plan`` key without it.
+    :param plans: managed free plans ``added`` to and ``removed`` from members (planned, in a dry run).
 
     :raises ValueError: when ``status`` is not ``ok``, ``skipped`` or ``failed``.
     """
@@ -102,6 +104,8 @@ def pair_entry(
             "memberstack": int(requests.get("memberstack", 0) or 0),
         },
     }
+    plans = plans or {}
+    entry["plans"] = {"added": int(plans.get("added", 0) or 0), "removed": int(plans.get("removed", 0) or 0)}
     if plan is not None:
         entry["plan"] = dict(plan)
     return entry

@@ -715,6 +715,7 @@ def _load(
     if options.dry_run:
         log.info("Dry run of sync pair %s: %d operations planned, none written", pair.name, len(operations))
         status["plan"] = report.plan_summary(root, options.dag_id, options.run_id, pair.name, operations)
+        status["plans"] = count_plan_writes(operations)
         status.update(status="ok", step="done")
         return _outcome(pair, status, 0)
 
@@ -763,6 +764,7 @@ def _load(
         for key in ("created", "updated", "deactivated", "deleted", "unchanged", "failed"):
             if entity in counts and key in values:
                 counts[entity][key] = int(values[key])
+    status["plans"] = count_plan_writes(load_result.done)
     failed = len(load_result.failed)
     status.update(
         counts=counts, status="failed" if failed else "ok", step="done", committed_snapshot=committed
@@ -889,6 +891,12 @@ def next_watermark(
 
 
 # Counts for the report.
+
+
+def count_plan_writes(operations: Iterable[Operation]) -> dict[str, int]:
+    """Count the managed plans that operations add to and remove from members."""
+    kinds = [op.kind for op in operations]
+    return {"added": kinds.count(OpKind.PLAN_ADD), "removed": kinds.count(OpKind.PLAN_REMOVE)}
 
 
 def count_outcomes(
@@ -1023,6 +1031,7 @@ def summarize(
             expectations=status.get("expectations"),
             requests=status.get("requests"),
             plan=status.get("plan"),
+            plans=status.get("plans"),
         )
         extra[name] = _report_details(status)
         _release_leftover_lease(root, name, options, settings)
@@ -1081,7 +1090,8 @@ def summary_line(name: str, entry: Mapping[str, Any], details: Mapping[str, Any]
         f"{contacts['created']} created, {contacts['updated']} updated, {contacts['deactivated']} "
         f"deactivated, {contacts['deleted']} deleted, {contacts['unchanged']} unchanged, "
         f"{contacts['failed']} failed; records {records['created']} created, {records['updated']} "
-        f"updated, {records['deleted']} deleted; requests GHL {entry['requests']['ghl']}, "
+        f"updated, {records['deleted']} deleted; plans {entry['plans']['added']} added, "
+        f"{entry['plans']['removed']} removed; requests GHL {entry['requests']['ghl']}, "
         f"Memberstack {entry['requests']['memberstack']}"
     )
     if details.get("error"):

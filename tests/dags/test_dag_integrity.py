@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pendulum
 import pytest
+from airflow.sdk import CronDataIntervalTimetable
+from airflow.timetables import interval
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_DIR = REPO_ROOT / "dags"
@@ -102,7 +105,15 @@ def test_sync_dag_schedule_and_catchup(dag_bag: DagBag) -> None:
     assert dag.max_active_runs == 1
     assert dag.doc_md
     if "GHL_MEMBERSTACK_SYNC_SCHEDULE" not in os.environ:
-        assert dag.schedule == "@hourly"
+        # A backfill run reads the contacts updated in its data interval, so an hourly run must
+        # span the whole hour before it.
+        assert isinstance(dag.timetable, CronDataIntervalTimetable)
+        assert dag.timetable.expression == "0 * * * *"  # the @hourly preset, expanded
+        # The scheduler's counterpart of the same timetable, which computes the intervals.
+        scheduled = interval.CronDataIntervalTimetable(dag.timetable.expression, timezone="UTC")
+        span = scheduled.infer_manual_data_interval(run_after=pendulum.datetime(2026, 3, 1, 10, 30, tz="UTC"))
+        assert span.start == pendulum.datetime(2026, 3, 1, 9, tz="UTC")
+        assert span.end == pendulum.datetime(2026, 3, 1, 10, tz="UTC")
 
 
 def test_sync_dag_params_default_to_off(dag_bag: DagBag) -> None:

@@ -215,10 +215,11 @@ def test_report_has_exact_shape(tmp_path: Path) -> None:
     built = report.build_report(dag_id="d", run_id="r", dry_run=False, pairs={"p": entry})
     assert set(built) == {"kind", "dag_id", "run_id", "status", "dry_run", "pairs"}
     assert built["kind"] == "sync"
-    assert set(built["pairs"]["p"]) == {"status", "duration_s", "counts", "quarantine", "expectations", "requests"}
+    assert set(built["pairs"]["p"]) == {"status", "duration_s", "counts", "quarantine", "expectations", "requests", "plans"}
     assert set(built["pairs"]["p"]["counts"]) == {"contacts", "tasks", "notes", "appointments"}
     assert set(built["pairs"]["p"]["counts"]["tasks"]) == set(report.COUNT_KEYS)
     assert built["pairs"]["p"]["requests"] == {"ghl": 1, "memberstack": 0}
+    assert built["pairs"]["p"]["plans"] == {"added": 0, "removed": 0}
 
 
 def test_report_html_escapes_and_masks(tmp_path: Path) -> None:

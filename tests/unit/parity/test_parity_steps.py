@@ -344,7 +344,7 @@ def test_sync_entry_without_plan_keeps_fixed_shape() -> None:
     pair = report.pair_entry(status="ok")
 
     assert "plan" not in pair
-    assert set(pair) == {"status", "duration_s", "counts", "quarantine", "expectations", "requests"}
+    assert set(pair) == {"status", "duration_s", "counts", "quarantine", "expectations", "requests", "plans"}
 
 
 def test_check_fails_partial_observation() -> None:
