@@ -31,7 +31,7 @@ ENTITIES = ("contacts", "tasks", "notes", "appointments")
 
 
 class OpKind(str, enum.Enum):
-    """What one planned write does."""
+    """The kind of one planned write."""
 
     MEMBER_CREATE = "member_create"
     MEMBER_UPDATE = "member_update"
@@ -49,7 +49,7 @@ class Operation:
 
     The key names the target and a hash of the values written, for example
     ``member:update:<contactId>:<hash>`` or ``record:create:ghl_notes:<noteId>``, so a rerun after a
-    crash recognises operations the journal already holds. ``fields`` holds full values and is
+    crash recognises operations the journal already holds. ``fields`` contains full values and is
     never logged; reports mask it.
     """
 
@@ -77,7 +77,7 @@ class QuarantineEntry:
 
 @dataclasses.dataclass
 class DesiredState:
-    """What Memberstack should hold for one sync pair, built from GHL under the mapping."""
+    """The state Memberstack should reach for one sync pair, built from GHL under the mapping."""
 
     members: pd.DataFrame
     records: dict[str, pd.DataFrame]
