@@ -43,6 +43,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "child_changes_bump_contact": False,
     "error_after_processing": {},
     "search_repeat_cursor": 0,
+    "fault_retry_after_s": None,
 }
 
 
@@ -178,6 +179,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "faults": lambda k, v: _check_faults(v),
     "error_after_processing": lambda k, v: _check_route_counts(v),
     "search_repeat_cursor": lambda k, v: _check_number(k, v, minimum=0, integer=True),
+    "fault_retry_after_s": lambda k, v: None if v is None else _check_number(k, v, minimum=0, integer=True),
 }
 
 

@@ -316,7 +316,8 @@ class GhlServer(ActivityRoutes, EmulatorServer):
             raise unprocessable(error.messages) from None
         location = self.location_for(call, request.location_id)
         previous = self._last_search_reply
-        if request.search_after is not None and previous is not None and self.config["search_repeat_cursor"] > 0:
+        repeat = self.config["search_repeat_cursor"] > 0
+        if request.search_after is not None and previous is not None and repeat:
             # Test hook: replay the page before, so the client receives a cursor a second time.
             self.config["search_repeat_cursor"] -= 1
             self.stats.faults["search_repeat_cursor"] += 1

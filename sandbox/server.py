@@ -178,6 +178,8 @@ class EmulatorServer:
                 return await self._drop(kind, send)
             if kind is not None and kind != "timeout_after":
                 reply = self.fault_reply(kind, call)
+                if kind == "429" and self.config["fault_retry_after_s"] is not None:
+                    reply.headers.append(("Retry-After", str(self.config["fault_retry_after_s"])))
             else:
                 reply = self.gate_after_faults(route, call) or self._run_handler(route, call)
                 if reply.status < 300 and kind is None:

@@ -499,8 +499,8 @@ def _deletions(
         return
     spared = desired.members.index.union(pd.Index(list(quarantined.get("contacts", ())), dtype="string"))
     gone = applied_members[~isin(applied_members.index, spared)]
-    # The loader relinks the member of a gone contact to a live contact with the same email, after
-    # which both applied rows name that member; it belongs to the live contact and stays as it is.
+    # The loader relinks the member of a gone contact to a live contact with the same email. Both
+    # applied rows then name that member, which belongs to the live contact now, so it stays as it is.
     live = applied_members[isin(applied_members.index, desired.members.index)]
     gone = gone[~isin(gone["member_id"], live["member_id"])]
     if policy == "deactivate":

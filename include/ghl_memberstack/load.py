@@ -430,10 +430,10 @@ class Loader:
         return dataclasses.replace(op, member_id=member_id)
 
     def _remove_ungranted_plans(self, member: dict[str, Any], contact_id: str) -> None:
-        """Remove managed plans that an adopted or relinked member holds but its contact's tags do not grant.
+        """Remove managed plans that an adopted or relinked member has but its contact's tags do not grant.
 
-        The plan has only adds for such a member, because the applied state knew no member for the
-        contact; the adds that follow this create are planned already.
+        The plan contains only plan adds for such a member, because the applied state had no member
+        for the contact.
         """
         desired = self._desired
         if not self._managed_plans or desired is None or contact_id not in desired.members.index:
@@ -441,7 +441,12 @@ class Loader:
         value = desired.members.at[contact_id, "plans"] if "plans" in desired.members.columns else None
         granted = set() if value is None or pd.isna(value) else set(str(value).split(",")) - {""}
         for plan_id in sorted((_plan_ids(member) & self._managed_plans) - granted):
-            log.info("Removing plan %s from member %s, which contact %s does not grant", plan_id, member.get("id"), contact_id)
+            log.info(
+                "Removing plan %s from member %s, which contact %s does not grant",
+                plan_id,
+                member.get("id"),
+                contact_id,
+            )
             self._remove_plan(member["id"], plan_id)
 
     def _find_member(self, contact_id: str, email: str) -> dict[str, Any] | None:

@@ -185,7 +185,16 @@ def airflow_env(home: Path, sandbox: SandboxHandle, port: int) -> dict[str, str]
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:
-    completed = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+    # SQLite allows one writer at a time, so a CLI write can meet "database is locked" while the
+    # scheduler writes; that is the test database's limit, not the product's, and a retry passes it.
+    for attempt in range(5):
+        completed = subprocess.run(
+            [AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        locked = "database is locked" in completed.stdout + completed.stderr
+        if completed.returncode == 0 or not locked:
+            break
+        time.sleep(1 + attempt)
     assert completed.returncode == 0, f"airflow {' '.join(args)} failed:\n{completed.stdout[-2000:]}{completed.stderr[-3000:]}"
     return completed.stdout
 
