@@ -107,7 +107,7 @@ class _Blocked(Exception):
 
 @dataclasses.dataclass
 class LoadResult:
-    """What one load did.
+    """The outcome of one load.
 
     ``done`` contains the finished operations with the member and record ids they wrote to,
     including operations that an earlier attempt finished and the journal recorded. ``pending``
@@ -750,7 +750,7 @@ class Loader:
                 existing = self._find_record(op)
                 if existing is not None:
                     return self._record_rewrite(op, existing["id"], member_id, existing)
-                # The hook never resends a create whose outcome is unknown; the lookup just showed
+                # The hook never resends a create whose outcome is unknown. The lookup above showed
                 # that the server did not apply it, so sending it again cannot duplicate the record.
                 if not getattr(error, "outcome_unknown", False) or attempt == attempts:
                     raise
