@@ -405,8 +405,8 @@ def load_mapping(path: str | pathlib.Path | None = None) -> Mapping:
     except yaml.YAMLError as error:
         raise MappingError(file_path, None, f"invalid YAML: {error}") from None
     if content is None:
-        # An empty file is far more often a truncated copy than a wish for no plans and no custom
-        # fields, and loading it would quietly stop managing them; `{}` states that wish.
+        # An empty file is usually a truncated copy, and loading it would quietly stop managing
+        # plans and custom fields. A mapping that means this is written as `{}`.
         raise MappingError(
             file_path, None, "the file is empty; write `{}` for a mapping with only the default fields"
         )

@@ -47,6 +47,7 @@ from ghl_memberstack.state import ENTITIES, SCHEMA_VERSION, DesiredState, Quaran
 from ghl_memberstack.storage import Lease, LeaseTimeout, read_bytes, storage_root, write_atomic
 from ghl_memberstack.sync import (
     LeaseKeeper,
+    RunOptionsMixin,
     SyncError,
     SyncSettings,
     non_retryable_errors,
@@ -144,7 +145,7 @@ class ParitySettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class ParityOptions:
+class ParityOptions(RunOptionsMixin):
     """The identity and params of one parity run."""
 
     dag_id: str
@@ -153,21 +154,6 @@ class ParityOptions:
     dry_run: bool = False
     force: bool = False
     repair: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the options as a plain dict, small enough for XCom."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParityOptions:
-        """Build options from the dict that :meth:`to_dict` returns."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
-
-    @property
-    def lease_owner(self) -> str:
-        """The lease owner string of this run, the same in every task and retry of the run."""
-        return f"{self.dag_id}/{self.run_id}"
 
 
 class StaleObservationError(SyncError):

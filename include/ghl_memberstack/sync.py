@@ -104,8 +104,30 @@ class SyncSettings:
         return cls(**values)
 
 
+class RunOptionsMixin:
+    """XCom round trip and lease owner shared by the run options of the sync and parity DAGs."""
+
+    dag_id: str
+    run_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the options as a plain dict, small enough for XCom."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Build options from the dict that :meth:`to_dict` returns."""
+        names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+    @property
+    def lease_owner(self) -> str:
+        """The lease owner string of this run, the same in every task and retry of the run."""
+        return f"{self.dag_id}/{self.run_id}"
+
+
 @dataclasses.dataclass(frozen=True)
-class RunOptions:
+class RunOptions(RunOptionsMixin):
     """Identity and params of one DAG run, and the data interval of a backfill run."""
 
     dag_id: str
@@ -116,21 +138,6 @@ class RunOptions:
     force: bool = False
     interval_start_ms: int | None = None
     interval_end_ms: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the options as a plain dict, small enough for XCom."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunOptions:
-        """Build options from the dict that :meth:`to_dict` returns."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
-
-    @property
-    def lease_owner(self) -> str:
-        """The lease owner string of this run, the same in every task and retry of the run."""
-        return f"{self.dag_id}/{self.run_id}"
 
 
 class SyncError(Exception):
@@ -738,8 +745,8 @@ def _load(
         try:
             load_result = loader.run(operations, desired=desired, observed_contact_ids=observed)
         except BaseException as error:
-            # The planned counts must not read as done: count every operation the load did not
-            # finish as failed. A configuration stop says which ones finished; other errors do not.
+            # The planned counts must not read as done, so every operation the load did not finish
+            # counts as failed. Only a configuration stop reports which operations finished.
             partial = getattr(error, "result", None)
             done = {op.key for op in partial.done} if isinstance(partial, load.LoadResult) else set()
             status["counts"] = count_outcomes(

@@ -185,8 +185,8 @@ def airflow_env(home: Path, sandbox: SandboxHandle, port: int) -> dict[str, str]
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:
-    # SQLite allows one writer at a time, so a CLI write can meet "database is locked" while the
-    # scheduler writes; that is the test database's limit, not the product's, and a retry passes it.
+    # SQLite allows one writer at a time, so a CLI write can fail with "database is locked" while
+    # the scheduler writes. That limit belongs to the test database, and a retry gets past it.
     for attempt in range(5):
         completed = subprocess.run(
             [AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=300, check=False

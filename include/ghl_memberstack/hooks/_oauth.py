@@ -219,7 +219,7 @@ class OAuthTokenManager:
     def _store_refreshed(self, previous: TokenPair, response: httpx.Response) -> str:
         refreshed, granted_location = self._pair_from_reply(previous, response)
 
-        # Store before use: the old refresh token is now dead, so this write holds the only copy.
+        # Store before use: the old refresh token is now dead, so this write is the only copy.
         self._save_with_retry(refreshed, expected_generation=previous.generation)
         self._cached = refreshed
         self._log.info(
